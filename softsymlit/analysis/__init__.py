@@ -1,0 +1,1 @@
+"""Loss geometry, robustness and their Lightning callbacks."""

@@ -1,0 +1,1 @@
+"""Orchestration of λ scans and teacher→student chains."""

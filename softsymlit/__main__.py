@@ -1,0 +1,5 @@
+"""``python -m softsymlit`` runs the ``softsymlit`` command."""
+
+from softsymlit.cli import main
+
+main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -82,7 +83,11 @@ class JetClassifier(pl.LightningModule):
         signal_class: int = 1,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["network", "symmetry"])
+        with warnings.catch_warnings():
+            # Built from a config, the modules are recorded as their config, which is what
+            # ``load_from_checkpoint`` needs; built in Python they are in the state dict anyway.
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
         self.network = network
         self.symmetry = symmetry
         self.optimizer_factory = optimizer

@@ -53,19 +53,22 @@ def main() -> None:
         "JetStream, file order": lambda: data_module(files, args.step_size, shuffle=False),
         "JetStream, shuffled": lambda: data_module(files, args.step_size, shuffle=True),
     }
-    rates: dict[str, list[float]] = {name: [] for name in candidates}
+    wall: dict[str, list[float]] = {name: [] for name in candidates}
+    cpu: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(args.rounds):
         for name, run in candidates.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             jets = run()
-            rates[name].append(jets / (time.perf_counter() - start))
+            wall[name].append(jets / (time.perf_counter() - start))
+            cpu[name].append(jets / (time.process_time() - start_cpu))
 
-    reference = statistics.median(rates["uproot.iterate (bare)"])
+    reference = "uproot.iterate (bare)"
     print(f"{len(files)} files, {jets} jets, {args.rounds} interleaved rounds (median)")
-    print(f"{'reader':<26}{'jets/s':>12}{'ratio':>8}")
-    for name, values in rates.items():
-        rate = statistics.median(values)
-        print(f"{name:<26}{rate:>12.0f}{rate / reference:>8.2f}")
+    print(f"{'reader':<26}{'jets/s wall':>12}{'ratio':>7}{'jets/s CPU':>12}{'ratio':>7}")
+    for name in candidates:
+        rate, rate_cpu = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"{name:<26}{rate:>12.0f}{rate / statistics.median(wall[reference]):>7.2f}"
+              f"{rate_cpu:>12.0f}{rate_cpu / statistics.median(cpu[reference]):>7.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

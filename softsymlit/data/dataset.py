@@ -111,26 +111,51 @@ def partition(
     return ranges, total - per_rank * world_size
 
 
+def flatten_constituents(columns: Sequence[ak.Array]) -> tuple[np.ndarray, np.ndarray]:
+    """Jagged constituent columns sharing one counter → ``(flat [total, C], counts [n])``."""
+    counts = ak.to_numpy(ak.num(columns[0], axis=1)).astype(np.int64)
+    flat = np.stack(
+        [np.asarray(ak.flatten(column, axis=None), dtype=np.float32) for column in columns], axis=-1
+    )
+    return flat, counts
+
+
+def pad_flat(
+    flat: np.ndarray, counts: np.ndarray, max_particles: int, order: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
+    """Pad or truncate per-jet runs of ``flat`` rows to ``max_particles`` slots.
+
+    Args:
+        flat: ``[total, C]`` rows of all jets, jet after jet.
+        counts: ``[n]`` rows per jet.
+        max_particles: slots per jet; rows beyond it are dropped.
+        order: optional permutation of the jets, applied while padding at no extra cost.
+
+    Returns:
+        ``(values [n, max_particles, C], filled [n, max_particles] bool)``.
+    """
+    num_jets, width = len(counts), flat.shape[-1]
+    starts = np.cumsum(counts) - counts
+    if order is not None:
+        counts, starts = counts[order], starts[order]
+    slot = np.arange(max_particles)[None, :]
+    filled = slot < counts[:, None]
+    # Gather every slot from the flat rows, with an appended zero row standing in for padding.
+    # Each row moves as one opaque element, several times faster than moving its components.
+    row = np.dtype((np.void, width * flat.dtype.itemsize))
+    source = np.concatenate([flat, np.zeros((1, width), dtype=flat.dtype)]).view(row).reshape(-1)
+    index = np.where(filled, starts[:, None] + slot, len(flat))
+    values = source[index].view(flat.dtype).reshape(num_jets, max_particles, width)
+    return values, filled
+
+
 def pad_constituents(columns: Sequence[ak.Array], max_particles: int) -> tuple[np.ndarray, ...]:
     """Pad or truncate jagged constituent columns (sharing counts) to ``max_particles``.
 
     Returns:
         ``(values [n, max_particles, len(columns)] float32, filled [n, max_particles] bool)``.
     """
-    counts = ak.to_numpy(ak.num(columns[0], axis=1)).astype(np.int64)
-    num_jets, total = len(counts), int(counts.sum())
-    starts = np.cumsum(counts) - counts
-    position = np.arange(total) - np.repeat(starts, counts)
-    keep = position < max_particles
-    rows = np.repeat(np.arange(num_jets), counts)[keep]
-    cols = position[keep]
-
-    values = np.zeros((num_jets, max_particles, len(columns)), dtype=np.float32)
-    for k, column in enumerate(columns):
-        values[rows, cols, k] = np.asarray(ak.flatten(column, axis=None), dtype=np.float32)[keep]
-    filled = np.zeros((num_jets, max_particles), dtype=bool)
-    filled[rows, cols] = True
-    return values, filled
+    return pad_flat(*flatten_constituents(columns), max_particles)
 
 
 class JetStream(IterableDataset):
@@ -225,37 +250,52 @@ class JetStream(IterableDataset):
         if skipped and worker == 0 and self.rank == 0:
             log.debug("skipping %d entries so that all ranks see equal numbers of jets", skipped)
 
-        buffer: list[dict[str, np.ndarray]] = []
-        buffered = 0
-        for chunk in self._chunks(ranges):
+        chunks = self._chunks(ranges)
+        if self.shuffle:
+            chunks = self._shuffle_buffered(chunks, rng)
+        yield from self._rebatch(self._pad(chunk, order) for chunk, order in chunks)
+
+    def _shuffle_buffered(self, chunks, rng: np.random.Generator):
+        """Gather chunks until ``shuffle_buffer`` jets are held, then release them with a random
+        order of their jets."""
+        buffer, buffered = [], 0
+        for chunk, _ in chunks:
             buffer.append(chunk)
             buffered += len(chunk["label"])
-            if buffered >= (self.shuffle_buffer if self.shuffle else self.batch_size):
-                jets = _concatenate(buffer)
-                if self.shuffle:
-                    jets = _shuffled(jets, rng)
-                full = (len(jets["label"]) // self.batch_size) * self.batch_size
-                yield from self._batches(jets, 0, full)
-                buffer = [{k: v[full:] for k, v in jets.items()}]
-                buffered = len(jets["label"]) - full
-        if buffered:
-            jets = _concatenate(buffer)
-            if self.shuffle:
-                jets = _shuffled(jets, rng)
-            stop = len(jets["label"])
-            if self.drop_last:
-                stop = (stop // self.batch_size) * self.batch_size
-            yield from self._batches(jets, 0, stop)
+            if buffered >= self.shuffle_buffer:
+                yield _concatenate(buffer), rng.permutation(buffered)
+                buffer, buffered = [], 0
+        if buffer:
+            yield _concatenate(buffer), rng.permutation(buffered)
 
-    def _batches(self, jets: dict[str, np.ndarray], start: int, stop: int):
-        for lo in range(start, stop, self.batch_size):
-            hi = min(lo + self.batch_size, stop)
-            yield {
-                "p4": torch.from_numpy(jets["p4"][lo:hi]),
-                "mask": torch.from_numpy(jets["mask"][lo:hi]),
-                "label": torch.from_numpy(jets["label"][lo:hi]),
-                "weight": torch.from_numpy(jets["weight"][lo:hi]),
-            }
+    def _pad(self, jets: dict[str, np.ndarray], order: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Flat constituent rows → the padded batch layout, jets in ``order`` if given."""
+        p4, mask = pad_flat(jets["flat"], jets["counts"], self.max_particles, order)
+        label, weight = jets["label"], jets["weight"]
+        if order is not None:
+            label, weight = label[order], weight[order]
+        return {"p4": p4, "mask": mask, "label": label, "weight": weight}
+
+    def _rebatch(self, pieces) -> Iterator[dict[str, torch.Tensor]]:
+        """Cut a stream of jet arrays into batches; only a batch that straddles two pieces is
+        copied, every other batch is a view."""
+        size, pending = self.batch_size, None
+        for jets in pieces:
+            count, start = len(jets["label"]), 0
+            if pending is not None:
+                start = min(size - len(pending["label"]), count)
+                pending = _concatenate([pending, _rows(jets, 0, start)])
+                if len(pending["label"]) < size:
+                    continue
+                yield _to_batch(pending)
+                pending = None
+            stop = start + (count - start) // size * size
+            for lo in range(start, stop, size):
+                yield _to_batch(_rows(jets, lo, lo + size))
+            if stop < count:
+                pending = _rows(jets, stop, count)
+        if pending is not None and not self.drop_last:
+            yield _to_batch(pending)
 
     def _chunks(self, ranges: list[EntryRange]) -> Iterator[dict[str, np.ndarray]]:
         import uproot
@@ -272,7 +312,7 @@ class JetStream(IterableDataset):
                     report=True,
                 )
                 for chunk, report in arrays:
-                    yield self._convert(chunk, piece.path, report.tree_entry_start)
+                    yield self._convert(chunk, piece.path, report.tree_entry_start), None
             except DataError:
                 raise
             except Exception as error:
@@ -282,18 +322,25 @@ class JetStream(IterableDataset):
                 ) from error
 
     def _convert(self, chunk: ak.Array, path: str, first_entry: int) -> dict[str, np.ndarray]:
-        """One chunk of a file → padded numpy arrays, checked."""
+        """One chunk of a file → checked flat constituent rows (E, px, py, pz) in GeV, counts,
+        labels and weights.
+
+        Checks and unit conversions run on the flat constituent rows, before padding, so that
+        their cost scales with the constituents rather than with the padded slots.
+        """
         schema = self.schema
         where = f"{path}: tree {schema.tree!r}"
-        values, filled = pad_constituents(
-            [chunk[b] for b in schema.constituents], self.max_particles
-        )
-        entry = first_entry + np.arange(len(values))
+        flat, counts = flatten_constituents([chunk[b] for b in schema.constituents])
+        entry = first_entry + np.arange(len(counts))
 
-        finite = np.isfinite(values).all(axis=(1, 2))
-        if not finite.all():
+        finite = np.ones(len(counts), dtype=bool)
+        # NaN propagates through min and max, and inf is their value: a cheap first look.
+        if len(flat) and not (np.isfinite(flat.min()) and np.isfinite(flat.max())):
+            finite_rows = np.isfinite(flat).all(axis=1)
+            jet_of_row = np.repeat(np.arange(len(counts)), counts)
+            finite[jet_of_row[~finite_rows]] = False
             bad = entry[~finite]
-            branch = _first_bad_branch(values, schema.constituents)
+            branch = schema.constituents[int(np.argmax(~np.isfinite(flat).all(axis=0)))]
             if not self.drop_nonfinite:
                 raise DataError(
                     f"{where}, branch {branch!r}, entries {_ranges(bad)}: NaN or inf momenta "
@@ -301,19 +348,24 @@ class JetStream(IterableDataset):
                 )
             log.warning("%s: dropped %d jets with NaN or inf momenta (entries %s)",
                         where, len(bad), _ranges(bad))  # fmt: skip
+            flat, counts = _keep_rows(flat, counts, finite[jet_of_row])
 
-        p4 = _to_e_px_py_pz(values, schema) * np.float32(schema.energy_unit)
-        mask = filled & (p4[..., 0] > 0.0)
-        p4[~mask] = 0.0
+        flat = _to_e_px_py_pz(flat, schema)
+        if schema.energy_unit != 1.0:
+            flat *= np.float32(schema.energy_unit)
+        # Slots with no energy are padding in fixed-length layouts.
+        physical = flat[:, 0] > 0.0
+        if not physical.all():
+            flat, counts = _keep_rows(flat, counts, physical)
 
-        empty = finite & ~mask.any(axis=1)
+        empty = finite & (counts == 0)
         if empty.any():
             raise DataError(
                 f"{where}, branch {schema.constituents[0]!r}, entries {_ranges(entry[empty])}: "
                 "jets with no constituents"
             )
         label = self._labels(chunk, where, entry)
-        weight = np.ones(len(values), dtype=np.float32)
+        weight = np.ones(len(counts), dtype=np.float32)
         if schema.weight is not None:
             weight = np.asarray(chunk[schema.weight], dtype=np.float32)
             if not np.isfinite(weight).all():
@@ -321,8 +373,9 @@ class JetStream(IterableDataset):
                 raise DataError(f"{where}, branch {schema.weight!r}, entries {_ranges(bad)}: "
                                 "NaN or inf weights")  # fmt: skip
 
-        keep = finite
-        return {"p4": p4[keep], "mask": mask[keep], "label": label[keep], "weight": weight[keep]}
+        if not finite.all():
+            counts, label, weight = counts[finite], label[finite], weight[finite]
+        return {"flat": flat, "counts": counts, "label": label, "weight": weight}
 
     def _labels(self, chunk: ak.Array, where: str, entry: np.ndarray) -> np.ndarray:
         schema = self.schema
@@ -343,10 +396,10 @@ class JetStream(IterableDataset):
         return one_hot.argmax(axis=1).astype(np.int64)
 
 
-def _shuffled(jets: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The same random permutation applied to every array."""
-    order = rng.permutation(len(jets["label"]))
-    return {key: value[order] for key, value in jets.items()}
+def _keep_rows(flat: np.ndarray, counts: np.ndarray, keep: np.ndarray):
+    """Drop flat rows where ``keep`` is False and recount the rows of every jet."""
+    jet_of_row = np.repeat(np.arange(len(counts)), counts)
+    return flat[keep], np.bincount(jet_of_row[keep], minlength=len(counts)).astype(np.int64)
 
 
 def _to_e_px_py_pz(values: np.ndarray, schema: Schema) -> np.ndarray:
@@ -354,11 +407,6 @@ def _to_e_px_py_pz(values: np.ndarray, schema: Schema) -> np.ndarray:
         return values
     pt, eta, phi, energy = np.moveaxis(values, -1, 0)
     return np.stack((energy, pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)), axis=-1)
-
-
-def _first_bad_branch(values: np.ndarray, names: Sequence[str]) -> str:
-    bad = ~np.isfinite(values).all(axis=(0, 1))
-    return names[int(np.argmax(bad))]
 
 
 def _ranges(entries: np.ndarray, limit: int = 5) -> str:
@@ -370,6 +418,14 @@ def _ranges(entries: np.ndarray, limit: int = 5) -> str:
     parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in zip(starts, stops, strict=True)]
     more = f" and {len(parts) - limit} more ranges" if len(parts) > limit else ""
     return ", ".join(parts[:limit]) + more
+
+
+def _rows(jets: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {key: value[start:stop] for key, value in jets.items()}
+
+
+def _to_batch(jets: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(value) for key, value in jets.items()}
 
 
 def _concatenate(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

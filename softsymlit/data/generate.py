@@ -195,15 +195,17 @@ def _hadronic_top_partons(particles: ak.Array) -> np.ndarray:
     first_is_w = np.abs(pdg[daughter1[tops]]) == 24
     w_boson = np.where(first_is_w, daughter1[tops], daughter2[tops])
     bottom = np.where(first_is_w, daughter2[tops], daughter1[tops])
-    # Follow the W through its recoil copies to the copy that decays.
+    # Follow the W through its copies (recoil, photon emission) to the copy that decays.
     for _ in range(64):
-        is_copy = (daughter1[w_boson] == daughter2[w_boson]) & (
-            pdg[daughter1[w_boson]] == pdg[w_boson]
-        )
-        if not is_copy.any():
+        same_first = pdg[daughter1[w_boson]] == pdg[w_boson]
+        same_second = pdg[daughter2[w_boson]] == pdg[w_boson]
+        if not (same_first | same_second).any():
             break
-        w_boson = np.where(is_copy, daughter1[w_boson], w_boson)
+        w_boson = np.where(same_first, daughter1[w_boson],
+                           np.where(same_second, daughter2[w_boson], w_boson))  # fmt: skip
     quark1, quark2 = daughter1[w_boson], daughter2[w_boson]
+    is_quark = (np.abs(pdg[quark1]) <= 5) & (np.abs(pdg[quark2]) <= 5)
+    valid_decay = (np.abs(pdg[w_boson]) == 24) & (np.abs(pdg[bottom]) == 5) & is_quark
 
     partons = np.full((len(counts), 2, 4, 2), np.nan)
     top_event = event_of[tops]
@@ -217,7 +219,8 @@ def _hadronic_top_partons(particles: ak.Array) -> np.ndarray:
         partons[top_event, slot, k, 1] = phi
 
     tops_per_event = np.bincount(top_event, minlength=len(counts))
-    partons[tops_per_event != 2] = np.nan
+    valid_per_event = np.bincount(top_event, weights=valid_decay, minlength=len(counts))
+    partons[(tops_per_event != 2) | (valid_per_event != 2)] = np.nan
     return partons
 
 

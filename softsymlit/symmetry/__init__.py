@@ -1,5 +1,47 @@
 """Lorentz-group generators, finite group elements and soft-symmetry penalties."""
 
 from softsymlit.symmetry.base import JetFunction, SymmetryPenalty
+from softsymlit.symmetry.elements import (
+    apply,
+    boost,
+    exponential,
+    invariant_mass_squared,
+    minkowski_dot,
+    rotation,
+    sample_coefficients,
+)
+from softsymlit.symmetry.generators import (
+    AVAILABLE,
+    METRIC,
+    SUBGROUPS,
+    Subgroup,
+    boost_generator,
+    lorentz_generators,
+    rotation_generator,
+)
+from softsymlit.symmetry.penalty import LieDerivatives, SoftSymmetryPenalty, lie_derivatives
+from softsymlit.symmetry.violation import SymmetryViolation, symmetry_violation
 
-__all__ = ["JetFunction", "SymmetryPenalty"]
+__all__ = [
+    "AVAILABLE",
+    "METRIC",
+    "SUBGROUPS",
+    "JetFunction",
+    "LieDerivatives",
+    "SoftSymmetryPenalty",
+    "Subgroup",
+    "SymmetryPenalty",
+    "SymmetryViolation",
+    "apply",
+    "boost",
+    "boost_generator",
+    "exponential",
+    "invariant_mass_squared",
+    "lie_derivatives",
+    "lorentz_generators",
+    "minkowski_dot",
+    "rotation",
+    "rotation_generator",
+    "sample_coefficients",
+    "symmetry_violation",
+]

@@ -2,7 +2,9 @@
 
 ``softsymlit fit|validate|test|predict`` behave as LightningCLI's (``--config``,
 ``--print_config``, dotted overrides, ``class_path``/``init_args``); ``softsymlit generate``
-writes a Pythia 8 + FastJet sample.
+writes a Pythia 8 + FastJet sample; ``softsymlit distill`` runs a teacher → student chain
+(:mod:`softsymlit.study.chain`); ``softsymlit study run|plan|report`` runs λ-scan studies
+(:mod:`softsymlit.study.runner`).
 """
 
 from __future__ import annotations
@@ -135,6 +137,50 @@ def _generate_main(args: list[str]) -> None:
     generate(**{k: v for k, v in vars(config).items() if not k.startswith("__")})
 
 
+def _distill_main(args: list[str]) -> None:
+    from softsymlit.study.chain import Chain, ChainConfig
+
+    parser = ArgumentParser(
+        prog="softsymlit distill",
+        description="Train teachers and distil them into students, stage by stage; finished "
+        "stages are skipped and interrupted ones resumed.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_class_arguments(ChainConfig, fail_untyped=False)
+    parser.add_argument("--dry_run", type=bool, default=False,
+                        help="log every stage's command line and run nothing")  # fmt: skip
+    config = parser.parse_args(args)
+    dry_run = config.pop("dry_run")
+    config.pop("config", None)
+    content = config.as_dict()
+    for key in ("trainer", "data", "distillation"):
+        content[key] = _plain(content[key])
+    chain = Chain(ChainConfig.from_dict(content))
+    if dry_run:
+        for stage, command in zip(chain.stages, chain.commands(), strict=True):
+            log.info("%s: %s", stage.name, " ".join(command))
+        return
+    summary = chain.run()
+    log.info("chain summary: %s", chain.directory / "chain_summary.json")
+    for name, value in summary.get("metrics", {}).items():
+        log.info("  %s = %.4g", name, value)
+
+
+def _plain(value):
+    """Dotted command-line overrides of mapping-typed keys arrive as strings; read them as YAML
+    scalars (``--trainer.max_epochs 3`` is the number 3)."""
+    import yaml
+
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, str):
+        parsed = yaml.safe_load(value) if value else value
+        return parsed if isinstance(parsed, (int, float, bool)) or parsed is None else value
+    return value
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``softsymlit`` command."""
     args = sys.argv[1:] if args is None else list(args)
@@ -143,6 +189,13 @@ def main(args: list[str] | None = None) -> None:
     if args and args[0] == "generate":
         _generate_main(args[1:])
         return
+    if args and args[0] == "distill":
+        _distill_main(args[1:])
+        return
+    if args and args[0] == "study":
+        from softsymlit.study.runner import study_main
+
+        raise SystemExit(study_main(args[1:]))
     SoftSymCLI(args=args)
 
 

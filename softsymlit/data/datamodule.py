@@ -128,7 +128,15 @@ class JetDataModule(pl.LightningDataModule):
         )
 
     def _current_epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        """The epoch the next pass belongs to.
+
+        ``trainer.current_epoch`` counts completed epochs and is brought up to date only after a
+        resumed fit has created its training iterator; the processed-epoch count is already right
+        then, and equals ``current_epoch`` at every other moment an iterator is created.
+        """
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
     @override
     def train_dataloader(self) -> DataLoader:

@@ -1,1 +1,29 @@
 """Orchestration of λ scans and teacher→student chains."""
+
+from softsymlit.study.callbacks import RandomStateCheckpoint, StageRecorder
+from softsymlit.study.chain import (
+    Chain,
+    ChainConfig,
+    Stage,
+    StageFailed,
+    StudentSpec,
+    TeacherSpec,
+    run_chain,
+)
+from softsymlit.study.compress import epochs_to_fraction, network_auc, pruned_copy, pruning_curve
+
+__all__ = [
+    "Chain",
+    "ChainConfig",
+    "RandomStateCheckpoint",
+    "Stage",
+    "StageFailed",
+    "StageRecorder",
+    "StudentSpec",
+    "TeacherSpec",
+    "epochs_to_fraction",
+    "network_auc",
+    "pruned_copy",
+    "pruning_curve",
+    "run_chain",
+]

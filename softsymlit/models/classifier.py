@@ -215,9 +215,13 @@ class JetClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
+    def optimized_parameters(self):
+        """The parameters the optimizer updates (all of them here)."""
+        return self.parameters()
+
     @override
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.optimized_parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -340,15 +340,8 @@ class DistillationModule(JetClassifier):
         return terms.loss
 
     @override
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.student_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        config = {"scheduler": scheduler, "interval": "epoch"}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+    def optimized_parameters(self):
+        return self.student_parameters()
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -186,6 +187,8 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else list(args)
     logging.basicConfig(level=os.environ.get("SOFTSYMLIT_LOG", "INFO"), format="%(message)s")
     os.environ.setdefault("WANDB_MODE", "offline")
+    # The streams split their work over data-loader workers themselves, so their length is exact.
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     if args and args[0] == "generate":
         _generate_main(args[1:])
         return

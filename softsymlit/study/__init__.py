@@ -11,6 +11,8 @@ from softsymlit.study.chain import (
     run_chain,
 )
 from softsymlit.study.compress import epochs_to_fraction, network_auc, pruned_copy, pruning_curve
+from softsymlit.study.grid import StudyConfig, StudyPlanner
+from softsymlit.study.runner import StudyRunner
 
 __all__ = [
     "Chain",
@@ -20,6 +22,9 @@ __all__ = [
     "StageFailed",
     "StageRecorder",
     "StudentSpec",
+    "StudyConfig",
+    "StudyPlanner",
+    "StudyRunner",
     "TeacherSpec",
     "epochs_to_fraction",
     "network_auc",

@@ -3,7 +3,10 @@
 For the particle-flow network and the transformer, and for 1, 3 and 6 generators (``so2_z``,
 ``so3``, ``lorentz``), one optimisation step of :class:`~softsymlit.models.JetClassifier`
 (loss, backward, AdamW update) is timed for the plain objective and for each penalty:
-``sampled``, ``infinitesimal`` through a JVP and ``infinitesimal`` through the input gradient.
+``sampled``, ``infinitesimal`` through a JVP and through the input gradient (exact), and the
+finite-difference estimate of the infinitesimal penalty with one random direction per jet and
+the default steps, forward (``fd-forward``, a batch of 2B jets) and central (``fd-central``,
+3B jets).
 All variants of one network start from the same weights and are measured side by side in one
 process: each repeat runs every variant once, in turn, and the table reports the median over
 repeats divided by the median of the plain step. On the CPU the default clock is the CPU time of
@@ -32,6 +35,15 @@ PENALTIES = (
     ("sampled", {"mode": "sampled"}),
     ("infinitesimal-jvp", {"mode": "infinitesimal", "implementation": "jvp"}),
     ("infinitesimal-input_gradient", {"mode": "infinitesimal", "implementation": "input_gradient"}),
+    ("fd-forward", {"mode": "infinitesimal", "implementation": "finite_difference"}),
+    (
+        "fd-central",
+        {
+            "mode": "infinitesimal",
+            "implementation": "finite_difference",
+            "difference_scheme": "central",
+        },
+    ),
 )
 
 
@@ -98,14 +110,18 @@ def measure(network, batch, repeats: int, steps: int, device: str, clock) -> dic
 
 def table(results: dict[str, dict[str, float]]) -> str:
     names = [name for name, _ in PENALTIES]
+    widths = [max(len(name), 8) for name in names]
     header = f"{'network':<12} {'generators':>10} {'plain ms':>9} " + " ".join(
-        f"{name:>28}" for name in names
+        f"{name:>{width}}" for name, width in zip(names, widths, strict=True)
     )
     lines = [header, "-" * len(header)]
     for network, medians in results.items():
         plain = medians["plain"]
         for group, count in GROUPS:
-            ratios = " ".join(f"{medians[f'{name}/{group}'] / plain:>27.2f}x" for name in names)
+            ratios = " ".join(
+                f"{medians[f'{name}/{group}'] / plain:>{width - 1}.2f}x"
+                for name, width in zip(names, widths, strict=True)
+            )
             lines.append(f"{network:<12} {count:>10} {1e3 * plain:>9.1f} {ratios}")
     return "\n".join(lines)
 

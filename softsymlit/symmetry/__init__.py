@@ -19,7 +19,13 @@ from softsymlit.symmetry.generators import (
     lorentz_generators,
     rotation_generator,
 )
-from softsymlit.symmetry.penalty import LieDerivatives, SoftSymmetryPenalty, lie_derivatives
+from softsymlit.symmetry.penalty import (
+    LieDerivatives,
+    SoftSymmetryPenalty,
+    directional_differences,
+    lie_derivatives,
+    random_directions,
+)
 from softsymlit.symmetry.violation import SymmetryViolation, symmetry_violation
 
 __all__ = [
@@ -35,11 +41,13 @@ __all__ = [
     "apply",
     "boost",
     "boost_generator",
+    "directional_differences",
     "exponential",
     "invariant_mass_squared",
     "lie_derivatives",
     "lorentz_generators",
     "minkowski_dot",
+    "random_directions",
     "rotation",
     "rotation_generator",
     "sample_coefficients",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,24 @@ def test_print_config_resolves_dotted_overrides(request, tmp_path):
     assert "max_epochs: 3" in result.stdout
     assert "- 8\n" in result.stdout and "- 16\n" in result.stdout
     assert "class_path: softsymlit.models.ParticleFlowNetwork" in result.stdout
+
+
+def test_fit_twice_in_the_same_run_folder_keeps_the_newest_config(generated_sample, tmp_path):
+    logger = tmp_path / "logger.yaml"
+    logger.write_text(
+        "trainer:\n"
+        "  logger:\n"
+        "    class_path: lightning.pytorch.loggers.CSVLogger\n"
+        "    init_args: {save_dir: runs, name: same, version: 0}\n"
+        "  callbacks: []\n"
+        "  limit_train_batches: 1\n"
+        "  limit_val_batches: 1\n"
+        "  max_epochs: 1\n"
+    )
+    config = Path(__file__).parents[1] / "configs" / "top_tagging.yaml"
+    data = _overrides(generated_sample)[:3]
+    base = [f"--config={config}", f"--config={logger}", *data, "--test_after_fit=false"]
+    for seed in (1, 2):
+        _softsymlit("fit", *base, f"--seed_everything={seed}", cwd=tmp_path)
+    saved = (tmp_path / "runs" / "same" / "version_0" / "config.yaml").read_text()
+    assert "seed_everything: 2" in saved

@@ -15,11 +15,13 @@ from softsymlit.analysis import (
     hutchinson_trace,
     hutchpp_trace,
     krylov_hutchpp_trace,
+    lanczos_spectrum,
+    projected_hutchinson_trace,
     spectral_density,
     symmetry_curvature,
     top_eigenvalues,
 )
-from softsymlit.analysis.curvature import _generator, lanczos, rademacher
+from softsymlit.analysis.curvature import BACKENDS, _generator, lanczos, rademacher
 from softsymlit.models import JetClassifier, ParticleFlowNetwork, ParticleTransformer
 
 RTOL = 1e-4
@@ -40,12 +42,37 @@ def problem(request):
         yield model, batches, dense, HessianOperator(model, batches, dtype=torch.float64)
 
 
-def test_operator_equals_dense_hessian_for_both_backends(problem):
-    model, batches, dense, operator = problem
+@pytest.mark.parametrize("objective", ["task", "total"])
+def test_operator_equals_dense_hessian_for_every_backend(problem, objective):
+    model, batches, _, operator = problem
     assert operator.num_jets == 72
-    assert torch.allclose(operator.dense(), dense, rtol=1e-9, atol=1e-11)
-    func = HessianOperator(model, batches, dtype=torch.float64, backend="func")
-    assert torch.allclose(func.dense(), dense, rtol=1e-9, atol=1e-11)
+    dense = dense_hessian(model, batches, include_penalty=objective == "total")
+    for backend in BACKENDS:
+        hessian = HessianOperator(
+            model, batches, objective=objective, dtype=torch.float64, backend=backend
+        )
+        assert torch.allclose(hessian.dense(), dense, rtol=1e-9, atol=1e-11), backend
+
+
+def test_linearized_backend_reports_what_it_cannot_trace():
+    class Untraceable(SummaryModel):
+        """Refuses to run under a :mod:`torch.func` transform, like an objective that calls
+        :func:`torch.autograd.grad` itself."""
+
+        def loss_on_batch(self, batch, include_penalty=False):
+            if torch._C._functorch.is_functorch_wrapped_tensor(self.net[0].weight):
+                raise RuntimeError("no tracing here")
+            return super().loss_on_batch(batch, include_penalty)
+
+    torch.manual_seed(3)
+    model = Untraceable(hidden=3).double()
+    batches = jet_batches(num_batches=2, batch_size=12)
+    with analysis_mode(model):
+        traced = HessianOperator(model, batches, dtype=torch.float64, backend="linearized")
+        with pytest.raises(RuntimeError, match="no tracing here"):
+            traced.matvec(torch.ones(traced.num_parameters))
+        plain = HessianOperator(model, batches, dtype=torch.float64)
+        assert torch.allclose(plain.dense(), dense_hessian(model, batches), rtol=1e-9)
 
 
 def test_total_objective_includes_the_weighted_penalty(problem):
@@ -148,6 +175,68 @@ def test_slq_moments_and_derived_measures_match_dense(problem):
     assert abs(second - quadrature.moment(2) - sigma**2) < 1e-6 * (high - low) ** 2
 
 
+def test_one_lanczos_run_serves_eigenpairs_density_and_trace(problem):
+    _, _, dense, operator = problem
+    n = operator.num_parameters
+    exact = np.linalg.eigvalsh(dense.numpy())
+    scale = np.abs(exact).max()
+    distinct = exact[np.concatenate([[True], np.diff(exact) > 1e-8 * scale])]
+
+    # Stopped at residual 1e-3 by the Lanczos relation alone, no explicit products.
+    spectrum = lanczos_spectrum(operator, k=2, k_smallest=1, tol=1e-3, max_steps=n, min_steps=3,
+                                seed=4)  # fmt: skip
+    steps = len(spectrum.run.alphas)
+    assert spectrum.converged and spectrum.largest.num_hvp == steps
+    assert np.abs(spectrum.largest.eigenvalues - distinct[::-1][:2]).max() < RTOL * scale
+    assert abs(spectrum.smallest.eigenvalues[0] - distinct[0]) < RTOL * scale
+    for result in (spectrum.largest, spectrum.smallest):
+        vectors = result.eigenvectors.numpy()
+        misfit = dense.numpy() @ vectors.T - vectors.T * result.eigenvalues
+        denominator = np.maximum(np.abs(result.eigenvalues), 1e-6 * scale)
+        explicit = np.linalg.norm(misfit, axis=0) / denominator
+        assert np.allclose(result.residuals, explicit, atol=1e-8)
+        assert explicit.max() <= 1e-3
+
+    # The run is a Gauss quadrature of the normalised Rademacher start: exact below degree 2m.
+    start = rademacher(1, n, _generator(4))[0] / np.sqrt(n)
+    one_probe = spectrum.quadrature()
+    for order in range(1, 2 * steps):
+        power = torch.linalg.matrix_power(dense, order)
+        expected = float(start @ power @ start)
+        assert abs(one_probe.moment(order) - expected) < RTOL * float(start.abs() @ power.abs()
+                                                                       @ start.abs())  # fmt: skip
+
+    # With two further probes it is the first of three rows, at no extra product.
+    before = operator.num_hvp
+    quadrature = spectral_density(operator, num_probes=2, num_steps=3, seed=11,
+                                  runs=[spectrum.run])  # fmt: skip
+    assert quadrature.num_hvp == operator.num_hvp - before == 6
+    probes = torch.cat([start[None], rademacher(2, n, _generator(11)) / np.sqrt(n)])
+    for order in (1, 2, 3):
+        power = torch.linalg.matrix_power(dense, order)
+        expected = float(((probes @ power) * probes).sum() / 3)
+        assert abs(quadrature.moment(order) - expected) < RTOL * abs(expected)
+
+    # Its basis is the exact part of Krylov-aware Hutch++; only the probes cost products. The
+    # logistic Hessian has a repeated zero eigenvalue only, so an exhausted run is exact.
+    basis = spectrum.run.basis
+    trace = projected_hutchinson_trace(operator, spectrum.run, num_probes=60, seed=6)
+    exact_trace = float(torch.trace(dense))
+    if spectrum.run.last_beta == 0.0:
+        assert trace.num_hvp == 0 and trace.standard_error == 0.0
+        assert abs(trace.trace - exact_trace) < RTOL * abs(exact_trace)
+        return
+    assert trace.num_hvp == 60
+    assert abs(spectrum.run.alphas.sum() - float(torch.trace(basis @ dense @ basis.T))) < (
+        1e-10 * scale * steps
+    )
+    projected = rademacher(60, n, _generator(6))
+    projected = projected - (projected @ basis.T) @ basis
+    expected = ((projected @ dense) * projected).sum(dim=1).numpy()
+    assert np.allclose(trace.samples, expected, rtol=1e-8, atol=1e-12)
+    assert abs(trace.trace - exact_trace) < 5 * trace.standard_error + 1e-6 * abs(exact_trace)
+
+
 def test_curvature_along_the_symmetry_gradient(problem):
     model, batches, dense, operator = problem
     params = list(model.parameters())
@@ -209,7 +298,7 @@ def test_transformer_hessian_on_cpu_matches_finite_differences():
     p4, mask = make_random_jets(12, 10, seed=4)
     batches = [{"p4": p4, "mask": mask, "label": (mask.sum(1) > 6).long()}]
     with analysis_mode(model):
-        for backend in ("autograd", "func"):
+        for backend in BACKENDS:
             operator = HessianOperator(model, batches, dtype=torch.float64, backend=backend)
             vector = torch.randn(operator.num_parameters, dtype=torch.float64)
             expected = _finite_difference_hvp(operator, vector)
@@ -219,7 +308,7 @@ def test_transformer_hessian_on_cpu_matches_finite_differences():
 
 
 def test_penalty_sampling_gives_one_fixed_matrix():
-    """A stochastic penalty sees the same draws in every product, for both backends."""
+    """A stochastic penalty sees the same draws in every product, for every backend."""
 
     class Noisy(SummaryModel):
         def loss_on_batch(self, batch, include_penalty=False):
@@ -233,7 +322,10 @@ def test_penalty_sampling_gives_one_fixed_matrix():
     with analysis_mode(model):
         autograd = HessianOperator(model, batches, dtype=torch.float64).dense()
         func = HessianOperator(model, batches, dtype=torch.float64, backend="func").dense()
+        traced = HessianOperator(model, batches, dtype=torch.float64, backend="linearized")
+        linearized = traced.dense()
     assert torch.allclose(autograd, autograd.T, atol=1e-10)
     assert torch.allclose(autograd, func, rtol=1e-9, atol=1e-11)
+    assert torch.allclose(autograd, linearized, rtol=1e-9, atol=1e-11)
     assert torch.equal(torch.get_rng_state(), state)
     assert total_loss(model, batches).requires_grad

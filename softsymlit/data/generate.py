@@ -33,6 +33,7 @@ CLASS_LABELS = ("label_QCD", "label_Tbqq")
 
 _INVISIBLE = (12, 14, 16)
 _PYTHIA_SEED_MAX = 900_000_000
+_COMPONENTS = ("px", "py", "pz", "energy")
 
 
 @dataclass(frozen=True)
@@ -161,15 +162,19 @@ def _make_pythia(settings: GeneratorSettings, process: str, seed: int):
 
 
 def _visible_final_state(particles: ak.Array) -> ak.Array:
-    """Final-state particles other than neutrinos, as FastJet inputs (px, py, pz, E)."""
-    keep = particles.status > 0
-    for pdg in _INVISIBLE:
-        keep = keep & (abs(particles.id) != pdg)
-    final = particles[keep]
-    return ak.zip(
-        {"px": final.p.px, "py": final.p.py, "pz": final.p.pz, "E": final.p.e},
-        with_name="Momentum4D",
-    )
+    """Final-state particles other than neutrinos, per event, as FastJet inputs (px, py, pz, E)."""
+    status = ak.to_numpy(ak.flatten(particles.status))
+    pdg = np.abs(ak.to_numpy(ak.flatten(particles.id)))
+    keep = (status > 0) & ~np.isin(pdg, _INVISIBLE)
+    counts = ak.to_numpy(ak.num(particles.status, axis=1))
+    event_of = np.repeat(np.arange(len(counts)), counts)
+    momentum = particles.p
+    columns = {
+        name: ak.to_numpy(ak.flatten(getattr(momentum, field)))[keep]
+        for name, field in (("px", "px"), ("py", "py"), ("pz", "pz"), ("E", "e"))
+    }
+    kept_counts = np.bincount(event_of[keep], minlength=len(counts))
+    return ak.unflatten(ak.zip(columns, with_name="Momentum4D"), kept_counts)
 
 
 def _hadronic_top_partons(particles: ak.Array) -> np.ndarray:
@@ -235,9 +240,50 @@ def _delta_r(eta1, phi1, eta2, phi2):
     return np.hypot(eta1 - eta2, dphi)
 
 
-def _jets_in_window(particles: ak.Array, settings: GeneratorSettings) -> tuple[ak.Array, ...]:
-    """Cluster every event; return the jets inside the pT/η window, their constituents sorted by
-    decreasing pT, and the index of the event each jet came from."""
+@dataclass
+class _Jets:
+    """Jets as numpy arrays: four-momenta ``[n]`` and constituents as flat rows with counts,
+    each jet's constituents sorted by decreasing pT."""
+
+    px: np.ndarray
+    py: np.ndarray
+    pz: np.ndarray
+    energy: np.ndarray
+    counts: np.ndarray
+    constituents: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.px)
+
+    def select(self, keep: np.ndarray) -> _Jets:
+        """The jets where ``keep`` is True (a boolean mask or a leading slice length)."""
+        if not isinstance(keep, np.ndarray):
+            keep = np.arange(len(self)) < keep
+        rows = np.repeat(keep, self.counts)
+        constituents = {k: v[rows] for k, v in self.constituents.items()}
+        return _Jets(self.px[keep], self.py[keep], self.pz[keep], self.energy[keep],
+                     self.counts[keep], constituents)  # fmt: skip
+
+    @staticmethod
+    def concatenate(pieces: list[_Jets]) -> _Jets:
+        return _Jets(
+            *(np.concatenate([getattr(p, f) for p in pieces])
+              for f in ("px", "py", "pz", "energy", "counts")),
+            {k: np.concatenate([p.constituents[k] for p in pieces]) for k in _COMPONENTS},
+        )  # fmt: skip
+
+    def permuted(self, order: np.ndarray) -> _Jets:
+        starts = np.cumsum(self.counts) - self.counts
+        counts = self.counts[order]
+        first = np.cumsum(counts) - counts
+        rows = np.repeat(starts[order] - first, counts) + np.arange(int(counts.sum()))
+        return _Jets(self.px[order], self.py[order], self.pz[order], self.energy[order], counts,
+                     {k: v[rows] for k, v in self.constituents.items()})  # fmt: skip
+
+
+def _jets_in_window(particles: ak.Array, settings: GeneratorSettings) -> tuple[_Jets, np.ndarray]:
+    """Cluster every event; return the jets inside the pT/η window, with their constituents
+    sorted by decreasing pT, and the index of the event each jet came from."""
     import fastjet
 
     definition = fastjet.JetDefinition(fastjet.antikt_algorithm, settings.jet_radius)
@@ -245,77 +291,77 @@ def _jets_in_window(particles: ak.Array, settings: GeneratorSettings) -> tuple[a
     jets = sequence.inclusive_jets(min_pt=settings.pt_min)
     constituents = sequence.constituents(min_pt=settings.pt_min)
 
-    jet_pt = np.hypot(jets.px, jets.py)
-    jet_eta = np.arcsinh(jets.pz / jet_pt)
-    selected = (jet_pt < settings.pt_max) & (abs(jet_eta) < settings.eta_max)
-    jets, constituents = jets[selected], constituents[selected]
-    event_index = ak.flatten(ak.broadcast_arrays(ak.local_index(jets, axis=0), jets.px)[0])
-    jets, constituents = ak.flatten(jets, axis=1), ak.flatten(constituents, axis=1)
+    jets_per_event = ak.to_numpy(ak.num(jets.px, axis=1))
+    event_index = np.repeat(np.arange(len(jets_per_event)), jets_per_event)
+    px, py, pz, energy = (
+        ak.to_numpy(ak.flatten(getattr(jets, c))) for c in ("px", "py", "pz", "E")
+    )
+    pt = np.hypot(px, py)
+    selected = (pt < settings.pt_max) & (np.abs(np.arcsinh(pz / pt)) < settings.eta_max)
 
-    order = ak.argsort(np.hypot(constituents.px, constituents.py), axis=1, ascending=False)
-    return jets, constituents[order], ak.to_numpy(event_index)
+    per_jet = ak.flatten(constituents, axis=1)
+    counts = ak.to_numpy(ak.num(per_jet.px, axis=1))
+    flat = {c: ak.to_numpy(ak.flatten(getattr(per_jet, f)))
+            for c, f in zip(_COMPONENTS, ("px", "py", "pz", "E"), strict=True)}  # fmt: skip
+    jet_of_row = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((-np.hypot(flat["px"], flat["py"]), jet_of_row))
+    all_jets = _Jets(px, py, pz, energy, counts, {k: v[order] for k, v in flat.items()})
+    return all_jets.select(selected), event_index[selected]
 
 
-def _top_matched(jets: ak.Array, event_index: np.ndarray, partons: np.ndarray, radius: float):
+def _top_matched(jets: _Jets, event_index: np.ndarray, partons: np.ndarray, radius: float):
     """True for jets that contain a top and all three of its decay quarks within ``radius``."""
-    pt = np.hypot(ak.to_numpy(jets.px), ak.to_numpy(jets.py))
-    eta = np.arcsinh(ak.to_numpy(jets.pz) / pt)
-    phi = np.arctan2(ak.to_numpy(jets.py), ak.to_numpy(jets.px))
+    pt = np.hypot(jets.px, jets.py)
+    eta = np.arcsinh(jets.pz / pt)
+    phi = np.arctan2(jets.py, jets.px)
     event_partons = partons[event_index]  # [jets, 2, 4, 2]
     distance = _delta_r(eta[:, None, None], phi[:, None, None], *np.moveaxis(event_partons, -1, 0))
     return np.any(np.all(distance < radius, axis=-1), axis=-1)
 
 
-def _jet_records(jets: ak.Array, constituents: ak.Array, label: int) -> dict[str, ak.Array]:
-    px, py, pz, energy = (ak.to_numpy(getattr(jets, c)) for c in ("px", "py", "pz", "E"))
-    pt = np.hypot(px, py)
-    mass = np.sqrt(np.maximum(energy**2 - px**2 - py**2 - pz**2, 0.0))
-    one_hot = np.zeros((len(px), len(CLASS_LABELS)), dtype=np.int32)
-    one_hot[:, label] = 1
+def _jet_records(jets: _Jets, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Jet-level columns of the JetClass layout, with one-hot labels from class indices
+    ``labels [n]`` (constituents stay in ``jets``)."""
+    pt = np.hypot(jets.px, jets.py)
+    mass = np.sqrt(np.maximum(jets.energy**2 - jets.px**2 - jets.py**2 - jets.pz**2, 0.0))
     record = {
-        "part_px": constituents.px,
-        "part_py": constituents.py,
-        "part_pz": constituents.pz,
-        "part_energy": constituents.E,
         "jet_pt": pt,
-        "jet_eta": np.arcsinh(pz / pt),
-        "jet_phi": np.arctan2(py, px),
-        "jet_energy": energy,
+        "jet_eta": np.arcsinh(jets.pz / pt),
+        "jet_phi": np.arctan2(jets.py, jets.px),
+        "jet_energy": jets.energy,
         "jet_mass": mass,
-        "jet_nparticles": ak.to_numpy(ak.num(constituents, axis=1)).astype(np.int32),
+        "jet_nparticles": jets.counts.astype(np.int32),
     }
-    record.update({name: one_hot[:, k] for k, name in enumerate(CLASS_LABELS)})
+    for k, name in enumerate(CLASS_LABELS):
+        record[name] = (labels == k).astype(np.int32)
     return record
 
 
 def generate_jets(
     process: str, num_jets: int, seed: int, settings: GeneratorSettings, events_per_batch=100
-) -> tuple[dict[str, ak.Array], int]:
+) -> tuple[_Jets, int]:
     """Generate ``num_jets`` jets of ``process`` (``ttbar`` → top-matched jets, ``qcd`` → all
     jets in the window).
 
     Returns:
-        The JetClass-layout columns of the jets, and the number of events generated.
+        The jets, and the number of events generated.
     """
     pythia = _make_pythia(settings, process, seed)
-    label = 1 if process == "ttbar" else 0
-    pieces: list[dict[str, ak.Array]] = []
+    pieces: list[_Jets] = []
     collected = events = 0
     while collected < num_jets:
         batch_events = _next_batch_size(num_jets - collected, collected, events, events_per_batch)
         particles = pythia.nextBatch(batch_events).prt
         events += len(particles)
-        jets, constituents, event_index = _jets_in_window(particles, settings)
+        jets, event_index = _jets_in_window(particles, settings)
         if process == "ttbar":
             partons = _hadronic_top_partons(particles)
-            keep = _top_matched(jets, event_index, partons, settings.jet_radius)
-            jets, constituents = jets[keep], constituents[keep]
+            jets = jets.select(_top_matched(jets, event_index, partons, settings.jet_radius))
         take = min(len(jets), num_jets - collected)
         if take:
-            pieces.append(_jet_records(jets[:take], constituents[:take], label))
+            pieces.append(jets.select(take))
             collected += take
-    columns = {name: _concatenate([p[name] for p in pieces]) for name in pieces[0]}
-    return columns, events
+    return _Jets.concatenate(pieces), events
 
 
 def _next_batch_size(missing: int, collected: int, events: int, largest: int) -> int:
@@ -325,12 +371,6 @@ def _next_batch_size(missing: int, collected: int, events: int, largest: int) ->
         return largest
     acceptance = collected / events
     return int(min(largest, max(8, math.ceil(1.2 * missing / acceptance))))
-
-
-def _concatenate(arrays: list) -> ak.Array | np.ndarray:
-    if isinstance(arrays[0], np.ndarray):
-        return np.concatenate(arrays)
-    return ak.concatenate(arrays)
 
 
 def write_shard(task: ShardTask) -> dict:
@@ -343,29 +383,25 @@ def write_shard(task: ShardTask) -> dict:
         "qcd", task.num_jets - num_top, task.pythia_seed("qcd"), task.settings,
         task.events_per_batch,
     )  # fmt: skip
-    columns = {name: _concatenate([qcd[name], top[name]]) for name in top}
     order = np.random.default_rng([task.seed, task.index]).permutation(task.num_jets)
-    columns = {name: values[order] for name, values in columns.items()}
+    jets = _Jets.concatenate([qcd, top]).permuted(order)
+    labels = np.concatenate([np.zeros(len(qcd), dtype=int), np.ones(len(top), dtype=int)])[order]
+    columns = _jet_records(jets, labels)
     metadata = task.metadata() | {"events": {"ttbar": top_events, "qcd": qcd_events}}
-    _write_root_atomically(task.path, columns, metadata)
+    _write_root_atomically(task.path, jets, columns, metadata)
     return {"path": str(task.path), "entries": task.num_jets, **metadata}
 
 
-def _write_root_atomically(path: Path, columns: dict, metadata: dict) -> None:
+def _write_root_atomically(path: Path, jets: _Jets, columns: dict, metadata: dict) -> None:
     import uproot
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    particles = ak.zip(
-        {
-            c: ak.values_astype(columns[f"part_{c}"], np.float32)
-            for c in ("px", "py", "pz", "energy")
-        }
-    )
+    flat = {c: jets.constituents[c].astype(np.float32) for c in _COMPONENTS}
+    particles = ak.unflatten(ak.zip(flat), jets.counts)
     scalars = {
         name: np.asarray(values, dtype=np.float32 if values.dtype.kind == "f" else values.dtype)
         for name, values in columns.items()
-        if not name.startswith("part_")
     }
     try:
         with uproot.recreate(temporary) as file:

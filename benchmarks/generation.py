@@ -5,9 +5,10 @@ events with the sample's settings (one ``Pythia`` per process),
 ``generate_sample`` with one worker (clustering, top matching and ROOT writing included)
 and with two. The one-worker comparison uses this process's CPU time, which other load on the
 machine barely changes; the two-worker gain needs wall time, so it is only meaningful on an
-otherwise idle machine (the load average is printed).
+otherwise idle machine (the load average is printed), and with a number of shards that the
+workers share evenly (the default 8000 jets make four shards of 2000).
 
-    python benchmarks/generation.py [--jets 6000] [--shard-size 2000] [--rounds 2]
+    python benchmarks/generation.py [--jets 8000] [--shard-size 2000] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def run_pythia_alone(events: dict[str, int]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jets", type=int, default=6000)
+    parser.add_argument("--jets", type=int, default=8000)
     parser.add_argument("--shard-size", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
 
     results: dict[str, list[dict]] = {"alone": [], "one": [], "two": []}

@@ -142,8 +142,12 @@ def _ddp_worker(rank: int, folder: str, port: int, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
 
+    from types import SimpleNamespace
+
+    progress = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=0)))
+
     class FakeTrainer:
-        global_rank, world_size, current_epoch = rank, 2, 0
+        global_rank, world_size, fit_loop = rank, 2, progress
 
     data = JetDataModule(train_files=f"{folder}/*.root", schema=SCHEMA_WITH_ID, batch_size=16)
     data.trainer = FakeTrainer()
@@ -266,3 +270,34 @@ def test_empty_jets_and_bad_labels_are_named(generated_sample, tmp_path):
     path, _ = _corrupted(generated_sample, tmp_path, two_hot)
     with pytest.raises(DataError, match=r"label_QCD.*entries 2, 9: labels are not exactly one-hot"):
         list(JetStream(str(path)))
+
+
+def test_read_ahead_keeps_order_raises_in_place_and_stops_when_closed():
+    import threading
+
+    from softsymlit.data.dataset import read_ahead
+
+    def items():
+        yield from range(5)
+        raise RuntimeError("broken at 5")
+
+    received = []
+    with pytest.raises(RuntimeError, match="broken at 5"):
+        for item in read_ahead(items(), depth=2):
+            received.append(item)
+    assert received == [0, 1, 2, 3, 4]
+
+    endless = read_ahead(iter(range(10**9)), depth=1)
+    assert [next(endless) for _ in range(3)] == [0, 1, 2]
+    endless.close()
+    assert not any(t.name == "softsymlit-read-ahead" for t in threading.enumerate())
+
+
+def test_streams_with_and_without_read_ahead_give_the_same_batches(many_files):
+    folder, _ = many_files
+    streams = [JetStream(str(folder / "*.root"), schema=SCHEMA_WITH_ID, batch_size=50,
+                         step_size=40, shuffle=True, shuffle_buffer=90, read_ahead=depth)
+               for depth in (0, 3)]  # fmt: skip
+    first, second = (_all_jets(stream) for stream in streams)
+    for key in first:
+        torch.testing.assert_close(first[key], second[key])

@@ -56,6 +56,7 @@ class JetDataModule(pl.LightningDataModule):
         step_size: entries read from a file per chunk.
         drop_nonfinite: drop jets with NaN/inf momenta (logged) instead of raising.
         pin_memory: pin host memory for faster GPU transfer.
+        read_ahead: chunks each stream reads ahead in a background thread (0: none).
 
     Example::
 
@@ -77,6 +78,7 @@ class JetDataModule(pl.LightningDataModule):
         step_size: int = 10000,
         drop_nonfinite: bool = False,
         pin_memory: bool = False,
+        read_ahead: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -105,6 +107,7 @@ class JetDataModule(pl.LightningDataModule):
                 seed=h.seed,
                 step_size=h.step_size,
                 drop_nonfinite=h.drop_nonfinite,
+                read_ahead=h.read_ahead,
             )
         return self.datasets[split]
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import glob
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Full, Queue
 
 import awkward as ak
 import numpy as np
@@ -179,6 +181,8 @@ class JetStream(IterableDataset):
         shuffle_buffer: jets held for shuffling.
         seed: shuffling seed.
         step_size: entries read per chunk.
+        read_ahead: chunks read (and decompressed) ahead in a background thread while the
+            previous ones are converted and consumed (0: read in the consuming thread).
         drop_nonfinite: drop jets with NaN/inf momenta (logged count) instead of raising.
         drop_last: drop each worker's last incomplete batch.
 
@@ -202,6 +206,7 @@ class JetStream(IterableDataset):
         step_size: int = 10000,
         drop_nonfinite: bool = False,
         drop_last: bool = False,
+        read_ahead: int = 1,
     ) -> None:
         super().__init__()
         self.schema = resolve_schema(schema)
@@ -213,6 +218,7 @@ class JetStream(IterableDataset):
         self.shuffle_buffer = max(shuffle_buffer, batch_size)
         self.seed = seed
         self.step_size = step_size
+        self.read_ahead = read_ahead
         self.drop_nonfinite = drop_nonfinite
         self.drop_last = drop_last
         self.epoch = 0
@@ -297,7 +303,15 @@ class JetStream(IterableDataset):
         if pending is not None and not self.drop_last:
             yield _to_batch(pending)
 
-    def _chunks(self, ranges: list[EntryRange]) -> Iterator[dict[str, np.ndarray]]:
+    def _chunks(self, ranges: list[EntryRange]) -> Iterator[tuple[dict[str, np.ndarray], None]]:
+        raw = self._read(ranges)
+        if self.read_ahead:
+            raw = read_ahead(raw, self.read_ahead)
+        for chunk, path, first_entry in raw:
+            yield self._convert(chunk, path, first_entry), None
+
+    def _read(self, ranges: list[EntryRange]) -> Iterator[tuple[ak.Array, str, int]]:
+        """Raw chunks of the branches, with the file and the entry number of their first jet."""
         import uproot
 
         for piece in ranges:
@@ -312,9 +326,7 @@ class JetStream(IterableDataset):
                     report=True,
                 )
                 for chunk, report in arrays:
-                    yield self._convert(chunk, piece.path, report.tree_entry_start), None
-            except DataError:
-                raise
+                    yield chunk, piece.path, report.tree_entry_start
             except Exception as error:
                 raise DataError(
                     f"{piece.path}: tree {self.schema.tree!r}, entries {piece.start}-{piece.stop}:"
@@ -418,6 +430,50 @@ def _ranges(entries: np.ndarray, limit: int = 5) -> str:
     parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in zip(starts, stops, strict=True)]
     more = f" and {len(parts) - limit} more ranges" if len(parts) > limit else ""
     return ", ".join(parts[:limit]) + more
+
+
+def read_ahead(items: Iterator, depth: int) -> Iterator:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
+
+    Reading and decompression release the GIL for most of their time, so they overlap with the
+    consumer's work. Items arrive in order; an exception from ``items`` is raised at its place.
+    Closing the returned generator early stops the thread after its current item.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(entry, timeout=0.05)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            put((end, error))
+
+    thread = threading.Thread(target=produce, name="softsymlit-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _rows(jets: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ order, batched afresh without shuffling.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import time
@@ -111,7 +112,7 @@ def _to_device(batches: list[Batch], device: torch.device) -> list[Batch]:
     ]
 
 
-class _AnalysisCallback(Callback):
+class _AnalysisCallback(Callback, abc.ABC):
     """Schedule, analysis set, history and output shared by the analysis callbacks."""
 
     prefix = ""
@@ -175,10 +176,11 @@ class _AnalysisCallback(Callback):
         if trainer.is_global_zero:
             self._publish(trainer, metrics, figure)
 
+    @abc.abstractmethod
     def _measure(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, output_dir: Path
     ) -> tuple[dict[str, float], Path | None]:
-        raise NotImplementedError
+        """The metrics of one measurement and the figure drawn for it (or None)."""
 
     def _publish(self, trainer: pl.Trainer, metrics: dict[str, float], figure: Path | None):
         finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}

@@ -342,6 +342,8 @@ class HessianCallback(_AnalysisCallback):
         self.num_random_directions = num_random_directions
         self.seed = seed
         self.plot = plot
+        self.last_density: dict[str, Any] | None = None
+        """The quadrature (``nodes``, ``weights`` ``[probes, steps]``) of the latest density."""
 
     def _eigenpairs(self, operator: HessianOperator):
         """``(largest, smallest, spectrum)``; ``spectrum`` is the shared Lanczos run (None for
@@ -418,6 +420,12 @@ class HessianCallback(_AnalysisCallback):
             metrics["hessian/near_zero_count"] = count
             metrics["hessian/near_zero_fraction"] = count / operator.num_parameters
             metrics["hessian/density_mean"] = quadrature.moment(1)
+            self.last_density = {
+                "nodes": quadrature.nodes.tolist(),
+                "weights": quadrature.weights.tolist(),
+                "num_parameters": quadrature.num_parameters,
+                "broadening": self.broadening,
+            }
 
             if self.symmetry_directions:
                 curvature = symmetry_curvature(
@@ -507,6 +515,8 @@ class RobustnessCallback(_AnalysisCallback):
         self.signal_class = signal_class
         self.seed = seed
         self.plot = plot
+        self.last_density: dict[str, Any] | None = None
+        """The quadrature (``nodes``, ``weights`` ``[probes, steps]``) of the latest density."""
 
     def _signal_probability(self, pl_module, p4: Tensor, mask: Tensor, signal: int) -> Tensor:
         return pl_module(p4, mask).double().softmax(dim=-1)[:, signal].cpu()

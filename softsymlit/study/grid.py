@@ -319,9 +319,11 @@ class Step:
             command += ([SEQUENCE_SEPARATOR] if index else []) + invocation
         return command
 
-    def standalone_commands(self) -> list[list[str]]:
-        """One ``python -m softsymlit …`` line per invocation (what ``steps.sh`` lists)."""
-        return [["python", "-m", "softsymlit", *invocation] for invocation in self.invocations]
+    def standalone_commands(self, python: str | None = None) -> list[list[str]]:
+        """One ``python -m softsymlit …`` line per invocation (what ``steps.sh`` lists), with this
+        process's interpreter unless ``python`` is given."""
+        python = python or sys.executable
+        return [[python, "-m", "softsymlit", *invocation] for invocation in self.invocations]
 
 
 @dataclass

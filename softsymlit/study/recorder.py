@@ -7,17 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from softsymlit.analysis.callbacks import HessianCallback, RobustnessCallback, analysis_batches
-from softsymlit.analysis.curvature import HessianOperator, analysis_mode, spectral_density
+from softsymlit.analysis.callbacks import HessianCallback, RobustnessCallback
 from softsymlit.study.callbacks import write_json_atomically
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class StudyMeasurements(Callback):
@@ -28,12 +24,7 @@ class StudyMeasurements(Callback):
     :class:`~softsymlit.analysis.RobustnessCallback` it reads (callbacks run in list order).
     The file holds ``hessian`` and ``robustness`` (the callbacks' latest metrics) and
     ``density``: the stochastic Lanczos quadrature (``nodes``, ``weights``: ``[probes, steps]``)
-    recomputed with the Hessian callback's analysis set, objective and seed, hence the one its
-    plot shows. The recomputation runs in :func:`~softsymlit.analysis.curvature.analysis_mode`,
-    after training, and leaves modes, gradients and RNG states as they were.
-
-    Limitation: the density costs ``slq_probes × slq_steps`` extra Hessian-vector products,
-    because the Hessian callback keeps only scalars.
+    of the Hessian callback's latest measurement, the one its plot shows.
 
     Args:
         path: the JSON file.
@@ -56,7 +47,7 @@ class StudyMeasurements(Callback):
             "density": None,
         }
         if hessian is not None:
-            content["density"] = _density(trainer, pl_module, hessian)
+            content["density"] = hessian.last_density
         if trainer.is_global_zero:
             write_json_atomically(self.path, content)
             log.info("study measurements written to %s", self.path)
@@ -64,31 +55,6 @@ class StudyMeasurements(Callback):
 
 def _find(trainer: pl.Trainer, kind: type) -> Any:
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
-
-
-def _density(trainer: pl.Trainer, pl_module: pl.LightningModule, hessian: HessianCallback):
-    batches = analysis_batches(trainer, hessian.split, hessian.num_jets, hessian.batch_size)
-    device = pl_module.device
-    batches = [
-        {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        for batch in batches
-    ]
-    with analysis_mode(pl_module):
-        operator = HessianOperator(
-            pl_module, batches, hessian.parameters,
-            objective="total" if hessian.include_penalty else "task",
-            dtype=_DTYPES[hessian.dtype], backend=hessian.backend, seed=hessian.seed,
-        )  # fmt: skip
-        # The Hessian callback draws its density probes from seed + 3.
-        quadrature = spectral_density(operator, hessian.slq_probes, hessian.slq_steps,
-                                      hessian.seed + 3)  # fmt: skip
-        operator.release()
-    return {
-        "nodes": quadrature.nodes.tolist(),
-        "weights": quadrature.weights.tolist(),
-        "num_parameters": quadrature.num_parameters,
-        "broadening": hessian.broadening,
-    }
 
 
 __all__ = ["StudyMeasurements"]

@@ -132,11 +132,14 @@ class StudyRunner:
         if source is None:
             raise ValueError("study plan needs the study config's path to write command lines")
         source = shlex.quote(str(source))
+        # The interpreter of this process, so the lines run in the same environment even where
+        # it is not activated (a scheduler's job shell).
+        python = shlex.quote(self.python)
         prepare = ["#!/bin/sh", "# Generate the study's samples once, before any run.", "set -e",
-                   f"python -m softsymlit study prepare --config {source}"]  # fmt: skip
+                   f"{python} -m softsymlit study prepare --config {source}"]  # fmt: skip
         (directory / "prepare.sh").write_text("\n".join(prepare) + "\n")
         lines = [
-            f"python -m softsymlit study run --config {source} --only {run.run_id} --jobs 1 "
+            f"{python} -m softsymlit study run --config {source} --only {run.run_id} --jobs 1 "
             "--prepare false"
             for run in self.runs
         ]

@@ -24,7 +24,6 @@ the results.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import Any
 import yaml
 
 from softsymlit.study.callbacks import write_json_atomically
+from softsymlit.study.configs import check_name, dataclass_from_mapping, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -155,21 +155,6 @@ class ChainConfig:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
 
-def _spec(kind, value):
-    if isinstance(value, kind):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError(f"a {kind.__name__} is a mapping, got {value!r}")
-    known = set(kind.__dataclass_fields__)
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown {kind.__name__} keys {', '.join(unknown)} in {value.get('name', value)!r}; "
-            f"valid keys: {', '.join(sorted(known))}"
-        )
-    return kind(**value)
-
-
 @dataclass
 class Stage:
     """One fit of a chain.
@@ -223,19 +208,13 @@ class Stage:
         return result.get("config_hash") == self.config_hash
 
 
+def _spec(kind, value):
+    name = value.get("name") if isinstance(value, dict) else None
+    return dataclass_from_mapping(kind, value, f"{kind.__name__} {name!r}")
+
+
 class StageFailed(RuntimeError):
     """A stage's process ended with a non-zero status."""
-
-
-def _stable_hash(content: Any) -> str:
-    text = json.dumps(content, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _check_name(name: str, what: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
-        raise ValueError(f"{what} name {name!r} must use only letters, digits, '_', '-' and '.'")
-    return name
 
 
 def _model_network(model: dict | None) -> dict | None:
@@ -262,7 +241,7 @@ class Chain:
         self.config = config
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("WANDB_MODE", "offline")
-        self.directory = Path(config.root_dir) / _check_name(config.name, "chain")
+        self.directory = Path(config.root_dir) / check_name(config.name, "chain")
         self.group = config.group or config.name
         self._validate()
         self.stages = self._plan()
@@ -273,7 +252,7 @@ class Chain:
             raise ValueError("a chain needs at least one teacher")
         names = [t.name for t in config.teachers] + [s.name for s in config.students]
         for name in names:
-            _check_name(name, "stage")
+            check_name(name, "stage")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"stage names must be unique; repeated: {', '.join(duplicates)}")
@@ -303,7 +282,7 @@ class Chain:
             "seed": self.config.seed,
             "extra": extra,
         }
-        return _stable_hash(content)
+        return stable_hash(content)
 
     def _full_config(self, name: str, model: dict, trainer: dict, config_hash: str, directory):
         trainer = copy.deepcopy(trainer)
@@ -359,7 +338,7 @@ class Chain:
                 checkpoint, teacher_hash = stage.last_checkpoint, stage.config_hash
             else:
                 checkpoint = Path(teacher.checkpoint)
-                teacher_hash = _stable_hash({"checkpoint": str(checkpoint.resolve())})
+                teacher_hash = stable_hash({"checkpoint": str(checkpoint.resolve())})
             network = teacher.network or _model_network(teacher.model)
             for student in self.config.students:
                 stages.append(self._student_stage(teacher, student, checkpoint, teacher_hash,

@@ -22,7 +22,6 @@ study's W&B group.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 import shlex
@@ -33,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from softsymlit.study.configs import check_name, dataclass_from_mapping, stable_hash
+
 NO_SYMMETRY = "none"
 """Group and mode of a λ = 0 run."""
 DEFAULT_VIOLATION = {"group": "lorentz", "strengths": [0.01, 0.1, 0.5], "max_batches": 20}
@@ -41,12 +42,6 @@ SEQUENCE_SEPARATOR = "--then"
 """Separates the invocations of a step that runs several in one process."""
 MEASUREMENTS_FILE = "measurements.json"
 """What the teacher's :class:`~softsymlit.study.recorder.StudyMeasurements` writes."""
-
-
-def stable_hash(content: Any) -> str:
-    """A short hash of JSON-serialisable ``content`` (key order does not matter)."""
-    text = json.dumps(content, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -173,9 +168,11 @@ class StudyConfig:
         if missing:
             raise ValueError(f"the study config {source or ''} needs {', '.join(missing)}")
         if content.get("sample") is not None:
-            content["sample"] = _sample_spec("sample", content["sample"])
+            content["sample"] = dataclass_from_mapping(
+                SampleSpec, content["sample"], "study key 'sample'"
+            )
         content["ood"] = {
-            name: _sample_spec(f"ood.{name}", spec)
+            name: dataclass_from_mapping(SampleSpec, spec, f"study key 'ood.{name}'")
             for name, spec in (content.get("ood") or {}).items()
         }
         config = cls(**content, source=source)
@@ -220,28 +217,6 @@ class StudyConfig:
     @property
     def wandb_group(self) -> str:
         return self.group or self.name
-
-
-def _sample_spec(key: str, value: Any) -> SampleSpec:
-    if isinstance(value, SampleSpec):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError(f"study key {key!r} must be a mapping; got {value!r}")
-    known = set(SampleSpec.__dataclass_fields__)
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown keys {', '.join(unknown)} in study key {key!r}; "
-            f"valid keys: {', '.join(sorted(known))}"
-        )
-    return SampleSpec(**value)
-
-
-def check_name(name: str, what: str) -> str:
-    """``name`` if it is a safe folder name, else a ``ValueError``."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name or "")):
-        raise ValueError(f"{what} name {name!r} must use only letters, digits, '_', '-' and '.'")
-    return name
 
 
 @dataclass(frozen=True)
@@ -655,5 +630,4 @@ __all__ = [
     "StudyPlanner",
     "deep_merge",
     "expand_grid",
-    "stable_hash",
 ]
